@@ -14,13 +14,14 @@ from typing import Protocol
 
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import ContentSettings
-from azure.storage.blob.aio import BlobServiceClient
+from azure.storage.blob.aio import BlobServiceClient, LinearRetry
 
 from server.errors import FileMissing, PermanentError, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
 STORAGE_RETRIES = 1  # the SDK's own retries; the job's backoff covers the worker, the client covers uploads
+STORAGE_RETRY_BACKOFF = 0.5  # seconds; the SDK's default (15 s) would hold an upload request for 17 s
 CONNECTION_TIMEOUT = 10  # seconds
 READ_TIMEOUT = 60  # seconds
 
@@ -43,7 +44,9 @@ class AzureBlobStore:
     def __init__(self, connection_string: str, container: str) -> None:
         self.service = BlobServiceClient.from_connection_string(
             connection_string,
-            retry_total=STORAGE_RETRIES,
+            retry_policy=LinearRetry(
+                backoff=STORAGE_RETRY_BACKOFF, random_jitter_range=STORAGE_RETRY_BACKOFF / 2, retry_total=STORAGE_RETRIES
+            ),
             connection_timeout=CONNECTION_TIMEOUT,
             read_timeout=READ_TIMEOUT,
         )

@@ -126,7 +126,7 @@ class GeminiParser:
 
     async def parse(self, files: list[ReportFile]) -> ParseResult:
         parts = [part for index, f in enumerate(files, 1) for part in await _gemini_parts(index, f)]
-        if sum(len(p.inline_data.data) for p in parts) > INLINE_LIMIT_BYTES:
+        if sum(_part_size(p) for p in parts) > INLINE_LIMIT_BYTES:
             raise ParserRejected("the files are larger than Gemini accepts in one request")
         try:
             response = await self.client.aio.models.generate_content(
@@ -149,6 +149,12 @@ class GeminiParser:
 
     async def close(self) -> None:
         await self.client.aio.aclose()
+
+
+def _part_size(part: types.Part) -> int:
+    if part.inline_data is not None and part.inline_data.data is not None:
+        return len(part.inline_data.data)
+    return len((part.text or "").encode("utf-8"))
 
 
 def _report_from_text(response: types.GenerateContentResponse) -> dict[str, Any]:

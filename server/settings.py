@@ -56,7 +56,7 @@ class Settings(BaseSettings):
 
     # Tenancy and limits
     api_keys: str = ""  # "tenant_id:key,tenant_id:key", seeded into `tenants` as hashes
-    max_file_size_mb: float = Field(default=50.0, gt=0)
+    max_file_size_mb: float = Field(default=20.0, gt=0)  # Gemini takes about 20 MB inline per request
     max_files_per_upload: int = Field(default=20, ge=1)
 
     # Logging

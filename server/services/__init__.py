@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
+from server.metrics import Metrics
 from server.services.blobs import AzureBlobStore, BlobStore, LocalBlobStore
 from server.services.database import Database, open_database, warn_if_embedded
 from server.services.intake import Intake
@@ -19,6 +19,8 @@ from server.workers.runner import Worker, WorkerConfig
 
 log = logging.getLogger(__name__)
 
+DEV_TENANT_KEYS = [("tenant-001", "your-key")]  # the guide's examples, seeded only into the embedded database
+
 
 @dataclass
 class Services:
@@ -30,7 +32,7 @@ class Services:
     parser: ReportParser
     webhooks: WebhookSender
     intake: Intake
-    metrics: Any = None
+    metrics: Metrics | None = None
     workers: list[Worker] = field(default_factory=list)
 
     def new_worker(self, worker_id: str | None = None) -> Worker:
@@ -72,21 +74,32 @@ def make_blob_store(settings: Settings) -> AzureBlobStore | LocalBlobStore:
     return LocalBlobStore(settings.local_blob_dir)
 
 
-def make_parser(settings: Settings) -> ReportParser:
+def make_parser(settings: Settings, metrics: Metrics | None = None) -> ReportParser:
     if settings.gemini_api_key:
         return GeminiParser(
             settings.gemini_api_key,
             settings.gemini_model,
             base_url=settings.gemini_base_url,
             timeout_seconds=settings.gemini_timeout_seconds,
+            metrics=metrics,
         )
     log.warning("GEMINI_API_KEY is not set: the local text extractor parses PDFs and text files; images fail")
     return LocalTextParser()
 
 
+def tenant_keys(settings: Settings, database: Database) -> list[tuple[str, str]]:
+    """API_KEYS; with none set on the embedded database, the guide's example key, so a fresh clone answers."""
+    if settings.tenant_keys or not database.embedded:
+        return settings.tenant_keys
+    log.warning("API_KEYS is not set: accepting the example key 'your-key' for tenant-001 (embedded mode only)")
+    return DEV_TENANT_KEYS
+
+
 async def open_services(settings: Settings) -> Services:
     """Open every client, create indexes and the container, seed API keys."""
+    metrics = Metrics()
     database = open_database(settings.mongodb_url, settings.mongodb_db, timeout_ms=settings.mongodb_timeout_ms)
+    database.observer = metrics.database_operation
     warn_if_embedded(database)
     jobs = JobRepository(database)
     tenants = TenantDirectory(database)
@@ -97,7 +110,7 @@ async def open_services(settings: Settings) -> Services:
         jobs=jobs,
         tenants=tenants,
         blobs=blobs,
-        parser=make_parser(settings),
+        parser=make_parser(settings, metrics),
         webhooks=WebhookSender(secret=settings.webhook_secret, timeout_seconds=settings.webhook_timeout_seconds),
         intake=Intake(
             jobs,
@@ -105,10 +118,11 @@ async def open_services(settings: Settings) -> Services:
             max_file_bytes=settings.max_file_size_bytes,
             max_files=settings.max_files_per_upload,
         ),
+        metrics=metrics,
     )
     services.intake.on_enqueued = services.wake_workers
     await jobs.ensure_indexes()
     await tenants.ensure_indexes()
-    await tenants.seed(settings.tenant_keys)
+    await tenants.seed(tenant_keys(settings, database))
     await blobs.ensure_container()
     return services

@@ -33,5 +33,6 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # a Python warning is a log line too, in the same format
     for noisy in ("azure", "httpx", "google_genai", "pymongo"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

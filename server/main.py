@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.errors import ApiError
-from server.routes import jobs, reports
+from server.routes import health, jobs, metrics, reports
 from server.services import Services, open_services
 from server.settings import Settings
 
@@ -97,4 +97,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_body_limit(app, settings.max_file_size_bytes * settings.max_files_per_upload + MULTIPART_OVERHEAD)
     app.include_router(reports.router)
     app.include_router(jobs.router)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
     return app

@@ -24,10 +24,13 @@ STORAGE_RETRIES = 1  # the SDK's own retries; the job's backoff covers the worke
 STORAGE_RETRY_BACKOFF = 0.5  # seconds; the SDK's default (15 s) would hold an upload request for 17 s
 CONNECTION_TIMEOUT = 10  # seconds
 READ_TIMEOUT = 60  # seconds
+BLOCK_BYTES = 4 * 1024 * 1024  # larger files go up in blocks of this size, streamed
+SINGLE_PUT_BYTES = 8 * 1024 * 1024  # files up to this size go up in one request (read into memory once)
 
 
 class BlobStore(Protocol):
-    async def put(self, path: str, chunks: AsyncIterator[bytes], content_type: str) -> None: ...
+    async def put(self, path: str, chunks: AsyncIterator[bytes], content_type: str, size: int | None = None) -> None:
+        """Store the chunks; `size`, when known, lets a small file go up in one request."""
 
     async def get(self, path: str) -> bytes: ...
 
@@ -49,6 +52,8 @@ class AzureBlobStore:
             ),
             connection_timeout=CONNECTION_TIMEOUT,
             read_timeout=READ_TIMEOUT,
+            max_block_size=BLOCK_BYTES,
+            max_single_put_size=SINGLE_PUT_BYTES,
         )
         self.container = self.service.get_container_client(container)
 
@@ -60,10 +65,11 @@ class AzureBlobStore:
         except AzureError as exc:
             raise StorageUnavailable(f"blob storage unreachable: {type(exc).__name__}") from exc
 
-    async def put(self, path: str, chunks: AsyncIterator[bytes], content_type: str) -> None:
+    async def put(self, path: str, chunks: AsyncIterator[bytes], content_type: str, size: int | None = None) -> None:
+        """One Put Blob up to SINGLE_PUT_BYTES when `size` is given; otherwise blocks and a commit."""
         try:
             await self.container.upload_blob(
-                path, chunks, overwrite=True, content_settings=ContentSettings(content_type=content_type)
+                path, chunks, length=size, overwrite=True, content_settings=ContentSettings(content_type=content_type)
             )
         except AzureError as exc:
             raise _storage_error(exc) from exc
@@ -117,7 +123,7 @@ class LocalBlobStore:
             raise ValueError("blob path escapes the store")
         return target
 
-    async def put(self, path: str, chunks: AsyncIterator[bytes], content_type: str) -> None:
+    async def put(self, path: str, chunks: AsyncIterator[bytes], content_type: str, size: int | None = None) -> None:
         target = self._path(path)
         partial = target.with_name(target.name + ".partial")
         try:

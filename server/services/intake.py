@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -110,6 +111,7 @@ class Intake:
     async def accept(
         self, tenant_id: str, project_id: str, uploads: list[UploadFile], webhook_url: str | None
     ) -> dict[str, Any]:
+        received = time.monotonic()
         if not uploads:
             raise ApiError(400, "no_file", "send the report as multipart field 'file'")
         if len(uploads) > self.max_files:
@@ -123,7 +125,7 @@ class Intake:
         try:
             for f, path in zip(files, paths):
                 started += 1
-                await self.blobs.put(path, _chunks(f.upload), f.content_type)
+                await self.blobs.put(path, _chunks(f.upload), f.content_type, f.size)
         except (JobError, OSError) as exc:
             await self._remove(paths[:started])
             log.warning("upload refused: blob storage failed (%s)", type(exc).__name__)
@@ -158,7 +160,13 @@ class Intake:
             raise ApiError(503, "database_unavailable", "the job database is unavailable; try again later") from exc
         log.info(
             "job accepted",
-            extra={"job_id": str(job_id), "tenant_id": tenant_id, "files": len(files), "bytes": job["total_size_bytes"]},
+            extra={
+                "job_id": str(job_id),
+                "tenant_id": tenant_id,
+                "files": len(files),
+                "bytes": job["total_size_bytes"],
+                "duration_ms": int((time.monotonic() - received) * 1000),
+            },
         )
         self.on_enqueued()
         return job

@@ -11,6 +11,7 @@ from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING, ReturnDocument
+from pymongo.errors import BulkWriteError
 
 from server.models import FINISHED, STEP_PERCENT, JobStatus, Step, WebhookState
 from server.services.database import Database
@@ -180,16 +181,19 @@ class JobRepository:
         )
         if leased and leased.get("lease_expires_at"):
             candidates.append(leased["lease_expires_at"])
+        # Pending and in-flight deliveries apart: one slow delivery's lease must not hide a retry due sooner.
         hook = await self.jobs.find_one(
-            {"webhook.state": {"$in": [WebhookState.PENDING.value, WebhookState.DELIVERING.value]}},
-            sort=[("webhook.next_attempt_at", 1)],
-            projection={"webhook": 1},
+            {"webhook.state": WebhookState.PENDING.value}, sort=[("webhook.next_attempt_at", 1)], projection={"webhook": 1}
         )
         if hook:
-            webhook = hook["webhook"]
-            candidates.append(
-                webhook["next_attempt_at"] if webhook["state"] == WebhookState.PENDING else webhook["lease_expires_at"]
-            )
+            candidates.append(hook["webhook"]["next_attempt_at"])
+        sending = await self.jobs.find_one(
+            {"webhook.state": WebhookState.DELIVERING.value},
+            sort=[("webhook.lease_expires_at", 1)],
+            projection={"webhook": 1},
+        )
+        if sending:
+            candidates.append(sending["webhook"]["lease_expires_at"])
         return min(candidates) if candidates else None
 
     # --- webhooks ---------------------------------------------------------------------------
@@ -264,6 +268,35 @@ class JobRepository:
             },
             return_document=ReturnDocument.AFTER,
         )
+
+    # --- migration of the old `parsed_reports` (server/migration.py) -------------------------
+
+    async def ensure_legacy_index(self) -> None:
+        """Finds the job of an old report. Not unique: the derived `_id` is the duplicate guard.
+
+        mongomock checks a unique secondary index by scanning the collection on every insert, which
+        makes a bulk import quadratic; the `_id` index is unique everywhere, and a dict lookup there.
+        """
+        await self.jobs.create_index([("legacy_report_id", ASCENDING)], sparse=True)
+
+    async def insert_migrated(self, jobs: list[dict[str, Any]]) -> tuple[int, dict[int, int]]:
+        """Insert finished jobs in one unordered bulk write; a job whose `_id` exists is refused, not replaced.
+
+        Returns how many went in, and for each refused job its index in `jobs` and the server's error
+        code (11000: already there). The exception's details carry the documents: never log them.
+        """
+        try:
+            result = await self.jobs.insert_many(jobs, ordered=False)
+        except BulkWriteError as exc:
+            if exc.details.get("writeConcernErrors"):
+                raise
+            refused = {error["index"]: error["code"] for error in exc.details["writeErrors"]}
+            return exc.details["nInserted"], refused
+        return len(result.inserted_ids), {}
+
+    async def existing_ids(self, job_ids: list[ObjectId]) -> set[ObjectId]:
+        cursor = self.jobs.find({"_id": {"$in": job_ids}}, projection={"_id": 1})
+        return {job["_id"] for job in await cursor.to_list(None)}
 
     # --- helpers ----------------------------------------------------------------------------
 

@@ -15,7 +15,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from server.errors import JobError, LeaseLost
-from server.models import Step, utc
+from server.metrics import Metrics
+from server.models import Step
 from server.services.blobs import BlobStore
 from server.services.jobs import JobRepository
 from server.services.parsing import ReportFile, ReportParser
@@ -44,7 +45,13 @@ def error_info(exc: BaseException) -> dict[str, str]:
 
 class Pipeline:
     def __init__(
-        self, jobs: JobRepository, blobs: BlobStore, parser: ReportParser, retry: RetryPolicy, *, metrics: Any = None
+        self,
+        jobs: JobRepository,
+        blobs: BlobStore,
+        parser: ReportParser,
+        retry: RetryPolicy,
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self.jobs = jobs
         self.blobs = blobs
@@ -69,7 +76,7 @@ class Pipeline:
             result = await self.parser.parse(files)
             await self._step(job, worker_id, Step.STORING)
         except LeaseLost:
-            log.warning("job lease lost, dropping it", extra=context)
+            log.warning("job lease lost, dropping it", extra={**context, "duration_ms": _ms_since(started)})
             return None
         except Exception as exc:  # noqa: BLE001 - every failure becomes a retry or a failed job
             return await self._handle_error(job, worker_id, exc, context, started)
@@ -80,14 +87,16 @@ class Pipeline:
             )
         )
         if finished is None:
-            log.warning("job lease lost before its result was stored", extra=context)
+            log.warning(
+                "job lease lost before its result was stored", extra={**context, "duration_ms": _ms_since(started)}
+            )
             return None
         log.info(
             "job completed",
             extra={**context, "duration_ms": _ms_since(started), "processing_time_ms": finished.get("processing_time_ms")},
         )
         if self.metrics is not None:
-            self.metrics.job_finished(finished, parser_usage=result.usage, duration=time.monotonic() - started)
+            self.metrics.job_finished(finished)
         return finished
 
     async def _step(self, job: dict[str, Any], worker_id: str, step: Step) -> None:
@@ -124,7 +133,7 @@ class Pipeline:
                 },
             )
             if self.metrics is not None:
-                self.metrics.job_retried(job, error["type"])
+                self.metrics.job_retried(error["type"])
         return None
 
     async def _fail(
@@ -137,17 +146,10 @@ class Pipeline:
             "job failed", extra={**context, "error_type": error["type"], "duration_ms": _ms_since(started)}
         )
         if self.metrics is not None:
-            self.metrics.job_finished(finished, parser_usage=None, duration=time.monotonic() - started)
+            self.metrics.job_finished(finished)
         return finished
 
 
 def _ms_since(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
-
-def queue_wait_seconds(job: dict[str, Any]) -> float | None:
-    """Upload to first claim, for logs and metrics."""
-    created, started = utc(job.get("created_at")), utc(job.get("started_at"))
-    if created is None or started is None:
-        return None
-    return (started - created).total_seconds()

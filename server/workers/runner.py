@@ -9,17 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from pymongo.errors import PyMongoError
 
+from server.metrics import Metrics, queue_wait_seconds
 from server.models import WebhookState, status_payload
 from server.services.jobs import JobRepository
 from server.services.webhooks import WebhookSender
 from server.workers import policies
-from server.workers.pipeline import Pipeline, now_utc, queue_wait_seconds
+from server.workers.pipeline import Pipeline, now_utc
 
 log = logging.getLogger("server.worker")
 
@@ -49,7 +51,7 @@ class Worker:
         pipeline: Pipeline,
         webhooks: WebhookSender,
         *,
-        metrics: Any = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.jobs = jobs
@@ -60,6 +62,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._job_tasks: set[asyncio.Task] = set()
         self._webhook_tasks: set[asyncio.Task] = set()
+        if metrics is not None:
+            metrics.watch_worker(config.worker_id, config.concurrency, lambda: self.in_flight)
 
     @property
     def in_flight(self) -> int:
@@ -106,7 +110,7 @@ class Worker:
 
     async def _claim_jobs(self) -> int:
         claimed = 0
-        while claimed < min(self.config.batch_size, self._free_slots()) and not self._stopping.is_set():
+        while claimed < self.config.batch_size and self._free_slots() > 0 and not self._stopping.is_set():
             job = await self.jobs.claim_next(self.config.worker_id, now_utc(), self.config.lease_seconds)
             if job is None:
                 break
@@ -117,7 +121,7 @@ class Worker:
                     "job_id": str(job["_id"]),
                     "tenant_id": job["tenant_id"],
                     "attempt": job["attempts"],
-                    "queue_wait_ms": _ms(queue_wait_seconds(job)) if job["attempts"] == 1 else None,
+                    "queue_wait_ms": _ms(queue_wait_seconds(job)),
                     "worker_id": self.config.worker_id,
                 },
             )
@@ -135,7 +139,10 @@ class Worker:
             if not self._stopping.is_set():
                 return  # the heartbeat found the job taken over: nothing of ours to write
             await asyncio.shield(self.jobs.release(job["_id"], self.config.worker_id, now_utc()))
-            log.info("job released on shutdown", extra={"job_id": str(job["_id"]), "tenant_id": job["tenant_id"]})
+            log.info(
+                "job released on shutdown",
+                extra={"job_id": str(job["_id"]), "tenant_id": job["tenant_id"], "attempt": job["attempts"]},
+            )
             raise
         finally:
             heartbeat.cancel()
@@ -168,9 +175,15 @@ class Worker:
 
     async def _deliver(self, job: dict[str, Any]) -> None:
         webhook = job["webhook"]
-        context = {"job_id": str(job["_id"]), "tenant_id": job["tenant_id"], "attempt": webhook["attempts"]}
+        started = time.monotonic()
         outcome = await self.webhooks.send(job["webhook_url"], webhook["message_id"], status_payload(job))
         now = now_utc()
+        context = {
+            "job_id": str(job["_id"]),
+            "tenant_id": job["tenant_id"],
+            "attempt": webhook["attempts"],
+            "duration_ms": _ms(time.monotonic() - started),
+        }
         if outcome.delivered:
             state, next_at = WebhookState.DELIVERED, None
             log.info("webhook delivered", extra={**context, "status_code": outcome.status_code})

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from server.errors import FileMissing, StorageUnavailable
-from server.services.blobs import AzureBlobStore, LocalBlobStore
+from server.services.blobs import SINGLE_PUT_BYTES, AzureBlobStore, LocalBlobStore
 from tests.support.azurite import Azurite
 
 CHUNK = 256 * 1024  # bytes
@@ -35,6 +35,14 @@ async def test_round_trip_in_chunks(store):
     data = os.urandom(3 * CHUNK + 17)
     await store.put("tenant-001/p/r/1.pdf", chunks(data), "application/pdf")
     assert await store.get("tenant-001/p/r/1.pdf") == data
+
+
+@pytest.mark.parametrize("size", [5, SINGLE_PUT_BYTES, 5 * SINGLE_PUT_BYTES + 17])
+async def test_round_trip_with_known_size(store, size):
+    """With the size given, a small file goes up in one request and a larger one in blocks."""
+    data = os.urandom(size)
+    await store.put("tenant-001/p/r/sized.pdf", chunks(data), "application/pdf", size)
+    assert await store.get("tenant-001/p/r/sized.pdf") == data
 
 
 async def test_delete_is_idempotent(store):

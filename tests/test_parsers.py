@@ -32,6 +32,17 @@ async def test_gemini_returns_the_schema_and_usage(gemini, fake_gemini):
     assert "diagnoses" in str(config["responseSchema"])
 
 
+async def test_gemini_schema_converted_once_is_the_one_the_sdk_builds(gemini, fake_gemini):
+    """The parser converts MedicalReport once (the SDK would per call); the request must not change."""
+    from google.genai import types
+
+    await gemini.parse([ReportFile("application/pdf", documents.pdf_bytes("x"))])
+    config = types.GenerateContentConfig(response_mime_type="application/json", response_schema=MedicalReport, temperature=0)
+    await gemini.client.aio.models.generate_content(model=gemini.model, contents=["x"], config=config)
+    ours, sdks = fake_gemini.requests
+    assert ours.body["generationConfig"] == sdks.body["generationConfig"]
+
+
 async def test_gemini_missing_fields_become_null(gemini, fake_gemini):
     fake_gemini.result = {"summary": "only a summary"}
     result = await gemini.parse([ReportFile("application/pdf", documents.pdf_bytes("x"))])

@@ -258,3 +258,31 @@ async def test_a_hanging_receiver_does_not_hold_up_other_retries(service, webhoo
         assert [d.status for d in deliveries] == [500, 200]
         assert (await job_document(service, slow_job))["webhook"]["state"] == "delivering"
     await wait_for_document(service, other_job, webhook_state("delivered"))
+
+
+async def test_a_delivery_whose_senders_keep_dying_is_given_up(start_service, webhook_receiver):
+    service = await start_service(run_worker=False, webhook_max_attempts=2)
+    jobs = service.services.jobs
+    job_id = await upload(service, webhook_url=webhook_receiver.url)
+    job = await jobs.claim_next("parser", now_utc(), lease_seconds=30)
+    await jobs.complete(job, "parser", parsed_data=default_result(), parser="test", usage=None, now=now_utc())
+    for attempt in (1, 2):
+        dead = await wait_for_webhook_claim(jobs, f"dead-sender-{attempt}")
+        assert dead["webhook"]["attempts"] == attempt
+
+    async with running_workers(service, prefix="sender"):
+        given_up = await wait_for_document(service, job_id, webhook_state("failed"))
+
+    assert webhook_receiver.deliveries == []
+    assert given_up["webhook"]["attempts"] == 3 and given_up["status"] == "completed"
+
+
+async def wait_for_webhook_claim(jobs, sender: str, timeout: float = 10.0):
+    """Claim the delivery as a sender that will die, once the previous one's short lease ran out."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        claimed = await jobs.claim_webhook(sender, now_utc(), lease_seconds=0.2)
+        if claimed is not None:
+            return claimed
+        await asyncio.sleep(0.02)
+    raise AssertionError("the delivery never became claimable")

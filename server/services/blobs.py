@@ -24,8 +24,10 @@ STORAGE_RETRIES = 1  # the SDK's own retries; the job's backoff covers the worke
 STORAGE_RETRY_BACKOFF = 0.5  # seconds; the SDK's default (15 s) would hold an upload request for 17 s
 CONNECTION_TIMEOUT = 10  # seconds
 READ_TIMEOUT = 60  # seconds
-BLOCK_BYTES = 4 * 1024 * 1024  # larger files go up in blocks of this size, streamed
-SINGLE_PUT_BYTES = 8 * 1024 * 1024  # files up to this size go up in one request (read into memory once)
+# Every request body at most 1 MiB: aiohttp warns that a larger bytes body may hold the event loop.
+BLOCK_BYTES = 1024 * 1024  # a larger file goes up in blocks of this size, several at once
+SINGLE_PUT_BYTES = BLOCK_BYTES  # a file up to this size (and of known size) goes up in one request
+BLOCK_UPLOADS = 4  # blocks of one file in flight at once: at most this many MiB held per upload
 
 
 class BlobStore(Protocol):
@@ -69,7 +71,12 @@ class AzureBlobStore:
         """One Put Blob up to SINGLE_PUT_BYTES when `size` is given; otherwise blocks and a commit."""
         try:
             await self.container.upload_blob(
-                path, chunks, length=size, overwrite=True, content_settings=ContentSettings(content_type=content_type)
+                path,
+                chunks,
+                length=size,
+                overwrite=True,
+                content_settings=ContentSettings(content_type=content_type),
+                max_concurrency=BLOCK_UPLOADS,
             )
         except AzureError as exc:
             raise _storage_error(exc) from exc

@@ -158,10 +158,17 @@ class Worker:
             except PyMongoError as exc:
                 log.warning("heartbeat failed (%s)", type(exc).__name__, extra={"job_id": str(job["_id"])})
                 continue
-            if not ours and not work.done():
+            if not ours and not work.done() and await self._taken_over(job["_id"]):
                 log.warning("job lease lost, dropping it", extra={"job_id": str(job["_id"]), "tenant_id": job["tenant_id"]})
                 work.cancel()
                 return
+            if not ours:
+                return  # our own final write got there first: the pipeline is finishing
+
+    async def _taken_over(self, job_id: Any) -> bool:
+        """Whether another worker holds the job now (and not merely our own run having finished it)."""
+        current = await self.jobs.get(job_id)
+        return current is not None and current.get("locked_by") not in (None, self.config.worker_id)
 
     # --- webhooks ---------------------------------------------------------------------------
 
@@ -175,6 +182,19 @@ class Worker:
 
     async def _deliver(self, job: dict[str, Any]) -> None:
         webhook = job["webhook"]
+        if webhook["attempts"] > self.config.webhook_max_attempts:
+            # Its senders kept dying mid-delivery: stop rather than claim it forever.
+            await self.jobs.webhook_result(
+                job["_id"],
+                self.config.worker_id,
+                state=WebhookState.FAILED,
+                status_code=None,
+                error="senders stopped mid-delivery too many times",
+                next_attempt_at=None,
+                now=now_utc(),
+            )
+            log.warning("webhook given up", extra={"job_id": str(job["_id"]), "tenant_id": job["tenant_id"]})
+            return
         started = time.monotonic()
         outcome = await self.webhooks.send(job["webhook_url"], webhook["message_id"], status_payload(job))
         now = now_utc()

@@ -286,3 +286,19 @@ async def wait_for_webhook_claim(jobs, sender: str, timeout: float = 10.0):
             return claimed
         await asyncio.sleep(0.02)
     raise AssertionError("the delivery never became claimable")
+
+
+async def test_a_delivery_in_flight_at_shutdown_is_handed_back(start_service):
+    service = await start_service(run_worker=False, shutdown_grace_seconds=0.1)
+    jobs = service.services.jobs
+    async with hanging_receiver() as slow_url:
+        job_id = await upload(service, webhook_url=slow_url)
+        job = await jobs.claim_next("parser", now_utc(), lease_seconds=30)
+        await jobs.complete(job, "parser", parsed_data=default_result(), parser="test", usage=None, now=now_utc())
+        async with running_workers(service, prefix="sender"):
+            await wait_for_document(service, job_id, webhook_state("delivering"))
+        # Stopped mid-delivery: the delivery is due again at once, its unfinished attempt not counted.
+        handed_back = await job_document(service, job_id)
+    assert handed_back["webhook"]["state"] == "pending"
+    assert handed_back["webhook"]["attempts"] == 0
+    assert "locked_by" not in handed_back["webhook"]

@@ -240,6 +240,18 @@ class JobRepository:
         )
         return result.matched_count == 1
 
+    async def release_webhook(self, job_id: ObjectId, worker_id: str, now: datetime) -> bool:
+        """Hand an interrupted delivery back on shutdown; the attempt that never finished does not count."""
+        result = await self.jobs.update_one(
+            {"_id": job_id, "webhook.locked_by": worker_id, "webhook.state": WebhookState.DELIVERING.value},
+            {
+                "$set": {"webhook.state": WebhookState.PENDING.value, "webhook.next_attempt_at": now},
+                "$unset": {"webhook.locked_by": "", "webhook.lease_expires_at": ""},
+                "$inc": {"webhook.attempts": -1},
+            },
+        )
+        return result.matched_count == 1
+
     # --- operators --------------------------------------------------------------------------
 
     async def requeue_failed(self, job_id: ObjectId, tenant_id: str, now: datetime) -> dict[str, Any] | None:

@@ -196,7 +196,11 @@ class Worker:
             log.warning("webhook given up", extra={"job_id": str(job["_id"]), "tenant_id": job["tenant_id"]})
             return
         started = time.monotonic()
-        outcome = await self.webhooks.send(job["webhook_url"], webhook["message_id"], status_payload(job))
+        try:
+            outcome = await self.webhooks.send(job["webhook_url"], webhook["message_id"], status_payload(job))
+        except asyncio.CancelledError:
+            await asyncio.shield(self.jobs.release_webhook(job["_id"], self.config.worker_id, now_utc()))
+            raise
         now = now_utc()
         context = {
             "job_id": str(job["_id"]),

@@ -26,7 +26,8 @@ class JobRepository:
         self.jobs = database[COLLECTION]
 
     async def ensure_indexes(self) -> None:
-        await self.jobs.create_index([("status", ASCENDING), ("next_attempt_at", ASCENDING)])
+        # The claim's filter and sort (policies.claim_filter, CLAIM_ORDER) walk this index in order.
+        await self.jobs.create_index([("status", ASCENDING), ("next_attempt_at", ASCENDING), ("_id", ASCENDING)])
         await self.jobs.create_index([("status", ASCENDING), ("lease_expires_at", ASCENDING)])
         await self.jobs.create_index([("tenant_id", ASCENDING), ("project_id", ASCENDING), ("_id", ASCENDING)])
         await self.jobs.create_index([("webhook.state", ASCENDING), ("webhook.next_attempt_at", ASCENDING)])

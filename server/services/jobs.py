@@ -169,8 +169,8 @@ class JobRepository:
         )
         return result.matched_count == 1
 
-    async def next_due_at(self) -> datetime | None:
-        """The earliest moment a job or a webhook becomes due, so the loop can sleep until then."""
+    async def next_job_due_at(self) -> datetime | None:
+        """The earliest moment a job becomes claimable, so the loop can sleep until then."""
         candidates = []
         pending = await self.jobs.find_one(
             {"status": JobStatus.PENDING.value}, sort=[("next_attempt_at", 1)], projection={"next_attempt_at": 1}
@@ -182,6 +182,11 @@ class JobRepository:
         )
         if leased and leased.get("lease_expires_at"):
             candidates.append(leased["lease_expires_at"])
+        return min(candidates) if candidates else None
+
+    async def next_webhook_due_at(self) -> datetime | None:
+        """The earliest moment a delivery becomes claimable."""
+        candidates = []
         # Pending and in-flight deliveries apart: one slow delivery's lease must not hide a retry due sooner.
         hook = await self.jobs.find_one(
             {"webhook.state": WebhookState.PENDING.value}, sort=[("webhook.next_attempt_at", 1)], projection={"webhook": 1}

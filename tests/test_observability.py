@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import queue
-import signal
-import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
+import uuid
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,10 +16,9 @@ from server.services.health import CHECK_TIMEOUT
 from tests.support import documents
 from tests.support.azurite import Azurite
 from tests.support.jobs import job_document, upload, wait_for_document, wait_for_status
+from tests.support.server_process import ServerProcess
 from tests.support.webhook_receiver import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
-START_TIMEOUT = 30.0  # seconds
 SENTINEL = "Quillon Zebrowski-Marchetti"  # a patient name no library, log or metric would contain by chance
 
 
@@ -160,51 +153,21 @@ async def test_ready_names_the_database_when_it_is_down(service):
 # --- logs -----------------------------------------------------------------------------------
 
 
-def read_lines(stream, lines: queue.Queue) -> None:
-    for line in iter(stream.readline, ""):
-        lines.put(line)
-
-
-def drain(lines: queue.Queue, seen: list[str], until: str | None = None, timeout: float = START_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while until is None or not any(until in line for line in seen):
-        try:
-            seen.append(lines.get(timeout=max(0.0, deadline - time.monotonic()) if until else 0.5))
-        except queue.Empty:
-            if until is None:
-                return
-            raise AssertionError(f"no {until!r} in:\n{''.join(seen)}") from None
-
-
 async def test_json_logs_carry_one_line_per_transition(tmp_path, azurite, fake_gemini, webhook_receiver):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MONGODB_", "AZURE_", "GEMINI_", "API_KEYS"))}
-    env.update(
-        {
-            "PYTHONPATH": str(ROOT),
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
-            "LOG_FORMAT": "json",
-            "API_KEYS": "tenant-001:key-tenant-001",
-            "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string,
-            "AZURE_CONTAINER_NAME": f"logs-{port}",
-            "GEMINI_API_KEY": "test-key",
-            "GEMINI_BASE_URL": fake_gemini.base_url,
-            "RETRY_BASE_SECONDS": "0.05",
-        }
+    server = ServerProcess(
+        tmp_path,
+        LOG_FORMAT="json",
+        API_KEYS="tenant-001:key-tenant-001",
+        AZURE_STORAGE_CONNECTION_STRING=azurite.connection_string,
+        AZURE_CONTAINER_NAME=f"logs-{uuid.uuid4().hex[:12]}",
+        GEMINI_API_KEY="test-key",
+        GEMINI_BASE_URL=fake_gemini.base_url,
+        RETRY_BASE_SECONDS="0.05",
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=read_lines, args=(process.stdout, lines), daemon=True).start()
-    seen: list[str] = []
-    try:
-        drain(lines, seen, until="Application startup complete")
+    with server:
         fake_gemini.fail_next(1, status=503)
         params = {"webhook_url": webhook_receiver.url}
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
             response = await client.post(
                 "/api/v1/tenants/tenant-001/projects/project-001/reports",
                 files={"file": ("report.pdf", documents.pdf_bytes())},
@@ -214,15 +177,9 @@ async def test_json_logs_carry_one_line_per_transition(tmp_path, azurite, fake_g
             assert response.status_code == 202, response.text
             job_id = response.json()["job_id"]
             await webhook_receiver.wait_for(1)
-        drain(lines, seen, until="webhook delivered")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        finally:
-            process.kill()
-    drain(lines, seen)
-    process.stdout.close()
+        server.wait_for_line("webhook delivered")
+        server.stop()
+    seen = server.lines
 
     records = [json.loads(line) for line in seen if line.strip()]  # every line is one JSON object
     assert all({"levelname", "name", "message"} <= set(record) for record in records)
